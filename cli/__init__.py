@@ -1,0 +1,1 @@
+"""The command line: argument parsing, progress, messages and exit codes (no numerics)."""
