@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from drmgf.config import MethodConfig
 from drmgf.methods.base import EqualWeighting, Method, StepMethod
+from drmgf.methods.drmgf import DRMGF
+from drmgf.methods.metagf import MetaGF
 
 __all__ = ["METHODS", "Method", "StepMethod", "build_method", "list_methods"]
 
@@ -21,6 +23,8 @@ class MethodEntry:
 
 METHODS: dict[str, MethodEntry] = {
     "ew": MethodEntry(lambda cfg: EqualWeighting(), "joint training, equal (lambda-weighted) loss sum"),
+    "drmgf": MethodEntry(DRMGF, "DR-MGF: task-preferred dynamic routes + meta-weighted fusion of task models"),
+    "metagf": MethodEntry(MetaGF, "Meta-GF: per-task passes fused with meta-learned layer/channel weights"),
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from drmgf.models import mt_resnet, resnet_sdn
+from drmgf.models import mt_resnet, resnet_sdn, segnet_mtan
 from drmgf.tasks import TaskSpec
 
 __all__ = ["MODELS", "build_model", "list_models", "model_tasks"]
@@ -40,6 +40,8 @@ MODELS: dict[str, ModelEntry] = {
                              True, ("classification",)),
     "mt_resnet": ModelEntry(mt_resnet.build, "shared ResNet trunk, one classification head per task",
                             False, ("classification",)),
+    "segnet_mtan": ModelEntry(segnet_mtan.build, "SegNet with MTAN task attention (NYUv2), one dense head per task",
+                              False, ("segmentation", "depth", "normal")),
 }
 
 

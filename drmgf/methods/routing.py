@@ -1,0 +1,68 @@
+"""Task-preferred dynamic routes (ALGORITHM.md section 3.1, step 1): pure functions on tensors.
+
+For a shared conv with weight W [O, I, k, k] and importance v_k [O, I] of every task k reaching it:
+
+    p_k[o, i] = |v_k[o, i]| / (1 + 1e-4 * sum_i' |v_k[o, i']|) ** 0.75      (LRN-like, over inputs)
+    G_t       = (c_t p_t + sum_{k != t} p_k) / (c_t + K - 1)
+    W_eff     = G_t * W / ||W[o, i]||
+"""
+
+from __future__ import annotations
+
+import torch
+
+LRN_ALPHA, LRN_BETA = 1e-4, 0.75
+NORM_EPS = 1e-12
+
+
+def lrn_importance(v: torch.Tensor) -> torch.Tensor:
+    """Local-response-normalised magnitude of the importance.
+
+    Args:
+        v: [O, I] importance of one task.
+    Returns:
+        p: [O, I].
+    """
+    a = v.abs()
+    return a / (1.0 + LRN_ALPHA * a.sum(dim=1, keepdim=True)) ** LRN_BETA
+
+
+def route_gate(ps: torch.Tensor, current: int | None, dominance: float) -> torch.Tensor:
+    """Blend the tasks' normalised importances toward the current task.
+
+    Args:
+        ps: [K, O, I] normalised importance of the K tasks reaching the layer.
+        current: index in ``ps`` of the task being trained, or None if it does not reach the layer
+            (then every task counts equally).
+        dominance: c_t, the current task's weight (the others weigh 1).
+    Returns:
+        G: [O, I].
+    """
+    c = torch.ones(ps.shape[0], dtype=ps.dtype, device=ps.device)
+    if current is not None:
+        c[current] = dominance
+    return torch.einsum("k,koi->oi", c, ps) / c.sum()
+
+
+def slice_norm(w: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every connection slice W[o, i]: [O, I, ...] -> [O, I]."""
+    return w.flatten(2).norm(dim=2) if w.dim() > 2 else w.abs()
+
+
+def effective_weight(w: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Weight-normalised slices with magnitudes from the gate.
+
+    Args:
+        w: [O, I, ...] raw weight.
+        gate: [O, I] magnitude per connection.
+    Returns:
+        [O, I, ...] with W_eff[o, i] = gate[o, i] * W[o, i] / ||W[o, i]||.
+    """
+    scale = gate / slice_norm(w).clamp_min(NORM_EPS)
+    return w * scale.view(*scale.shape, *([1] * (w.dim() - 2)))
+
+
+def routed_weight(w: torch.Tensor, vs: torch.Tensor, current: int | None, dominance: float) -> torch.Tensor:
+    """W_eff of one shared conv for the task at index ``current`` of ``vs`` [K, O, I]."""
+    ps = torch.stack([lrn_importance(v) for v in vs])
+    return effective_weight(w, route_gate(ps, current, dominance))
