@@ -56,3 +56,35 @@ def layer_summary(name: str, vs: dict[str, torch.Tensor], ss: dict[str, torch.Te
             "dominates": int((winners == k).sum()), "mean_abs_s": float(ss[task].abs().mean()),
         })
     return rows
+
+
+def summarize_drmgf(method_state: dict[str, object]) -> list[dict[str, object]]:
+    """``layer_summary`` rows for every shared conv of a saved DR-MGF run, in model order."""
+    from drmgf.methods.drmgf import variables_from_state
+
+    variables = variables_from_state(method_state)
+    rows: list[dict[str, object]] = []
+    for name, vs in variables["importance"].items():
+        rows += layer_summary(name, vs, variables["scale"][name])
+    return rows
+
+
+def summarize_metagf(method_state: dict[str, object], mode: str) -> list[dict[str, object]]:
+    """Per shared tensor and task: the task's mean share of the Meta-GF fusion weight."""
+    from drmgf.methods.period import unescape
+
+    etas: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in method_state["module"].items():  # type: ignore[union-attr]
+        _, task, escaped = key.split(".", 2)
+        etas.setdefault(unescape(escaped), {})[task] = value
+    rows: list[dict[str, object]] = []
+    for name, per_task in etas.items():
+        tasks = list(per_task)
+        stacked = torch.stack([per_task[t] for t in tasks])
+        w = torch.sigmoid(stacked) if mode == "layer" else torch.exp(len(tasks) * stacked)
+        share = w / w.sum(0, keepdim=True)
+        winners = share.argmax(0)
+        for k, task in enumerate(tasks):
+            rows.append({"layer": name, "task": task, "channels": int(w.shape[1]),
+                         "mean_share": float(share[k].mean()), "dominates": int((winners == k).sum())})
+    return rows

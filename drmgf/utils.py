@@ -60,7 +60,7 @@ def _atomic_target(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        default_permissions(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -71,6 +71,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def default_permissions(path: str | os.PathLike[str]) -> None:
+    """Give a file or directory made by mkstemp/mkdtemp (0600/0700) the usual umask-based mode."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

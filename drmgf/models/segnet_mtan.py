@@ -279,6 +279,10 @@ class SegNetMTAN(nn.Module):
         feats = self.backbone(x)
         return {name: self.heads[name](branch(feats, self.shared_attention)) for name, branch in self.branches.items()}
 
+    def channel_couplings(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Convs whose output channels are tied outside autograd (pool indices), for pruning."""
+        return [(a, b) for a, b in unpool_couplings(self) if a is not b]
+
     def task_module(self, name: str) -> nn.Module:
         """Shared network, shared attention convs, and task ``name``'s masks and head; returns one tensor."""
         if name not in self.branches:

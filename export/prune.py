@@ -1,0 +1,59 @@
+"""Physical filter removal for one task's network with torch-pruning (PITFALLS.md: torch-pruning 1.6.1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from drmgf.export.groups import ChannelGroup, channel_groups
+from drmgf.export.tasknet import TaskNet, copy_with_names
+
+
+def union_routes(groups: list[ChannelGroup], selected: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Final kept filters per route layer: every group keeps the union of its members' choices.
+
+    Args:
+        groups: the task network's channel groups.
+        selected: route layer -> filters the rule kept (other convs keep everything).
+    Returns:
+        route layer -> sorted kept filters, consistent across each group.
+    """
+    final = {}
+    for group in groups:
+        positions = group.kept_positions(selected)
+        for name, channels in group.members.items():
+            if name in selected:
+                final[name] = sorted(channels[p] for p in positions)
+    return final
+
+
+def prune_task(net: TaskNet, kept: dict[str, list[int]], example: torch.Tensor) -> nn.Module:
+    """A pruned copy of ``net.module`` keeping exactly ``kept`` filters of each route layer.
+
+    Args:
+        net: the task network (not modified).
+        kept: route layer -> sorted kept filters, already consistent within groups (``union_routes``).
+        example: input batch [B, C, H, W] for tracing.
+    Returns:
+        The pruned module in eval mode.
+    """
+    import torch_pruning as tp
+
+    module, names = copy_with_names(net)
+    by_name = {v: m for m in module.modules() for k, v in names.items() if k == id(m)}
+    groups = channel_groups(module, example, names, net.couplings)
+    for group in groups:
+        removed = sorted(set(range(group.size)) - set(group.kept_positions(kept)))
+        if not removed:
+            continue
+        for root in group.roots:
+            idxs = sorted({group.members[root][p] for p in removed})
+            with torch.enable_grad():  # rebuilt per prune: indices stay valid after earlier prunes
+                dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
+            tp_group = dg.get_pruning_group(by_name[root], tp.prune_conv_out_channels, idxs=idxs)
+            if not dg.check_pruning_group(tp_group):
+                raise RuntimeError(f"pruning {root} would empty a layer (kept {group.size - len(removed)} of {group.size})")
+            tp_group.prune()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
