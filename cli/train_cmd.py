@@ -30,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     if not args.quiet:
-        print(f"run saved in {out} (metrics.jsonl, checkpoint.pt, best.pt, config.json)")
+        files = [f for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt") if (out / f).exists()]
+        print(f"run saved in {out} ({', '.join(files)})")
     return 0

@@ -25,7 +25,8 @@ class DataConfig:
     dataset: str = _f("shapes", "dataset name (see `drmgf list`)")
     data_dir: str | None = _f(None, "directory (or archive) holding a real dataset's files")
     data_seed: int = _f(0, "seed of procedural data generation and of the validation hold-out")
-    label: str | None = _f(None, "label every exit predicts for multi-exit models (default: the dataset's first task)")
+    label: str | None = _f(None, "models with exits: the label every exit predicts (default: the dataset's first "
+                                 "task); models with task heads: tasks to train, comma separated (default: all)")
     limit_train: int | None = _f(None, "use (or generate) at most N training images, validation included")
     limit_test: int | None = _f(None, "use (or generate) at most N test images")
     val_fraction: float = _f(0.1, "fraction of the training images held out for validation")

@@ -46,6 +46,23 @@ LOSSES = {
 }
 
 
+def loss_sum(task: TaskSpec, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the per-element losses, number of elements) so that means over batches are exact.
+
+    Elements are images (classification) or labelled pixels (dense tasks).
+    """
+    if task.kind == "classification":
+        return F.cross_entropy(output, target, reduction="sum"), torch.tensor(target.numel())
+    if task.kind == "segmentation":
+        valid = target != -1
+        return F.cross_entropy(output, target, ignore_index=-1, reduction="sum"), valid.sum()
+    mask = valid_mask(target)
+    if task.kind == "depth":
+        return ((output - target).abs() * mask).sum(), mask.sum()
+    cos = (F.normalize(output, dim=1) * target).sum(dim=1, keepdim=True)
+    return ((1.0 - cos) * mask).sum(), mask.sum()
+
+
 def task_loss(task: TaskSpec, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The loss of one task's output against its target."""
     return LOSSES[task.kind](output, target)

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from drmgf.losses import task_loss, valid_mask
+from drmgf.losses import loss_sum, valid_mask
 from drmgf.tasks import TaskSpec
 
 HIGHER_IS_BETTER = {"top1", "miou", "pix_acc", "within_11.25", "within_22.5", "within_30"}
@@ -17,6 +17,10 @@ DELTA_M_METRICS = (
     ("normal", "within_30"),
 )
 NYUV2_BASELINE = (0.3830, 0.6376, 0.6754, 0.2780, 25.01, 19.21, 0.3014, 0.5720, 0.6915)
+METRIC_NAMES = {
+    "classification": ("top1",), "segmentation": ("miou", "pix_acc"), "depth": ("abs_err", "rel_err"),
+    "normal": ("mean", "median", "within_11.25", "within_22.5", "within_30"),
+}
 _ANGLE_BINS = 1000  # per degree: the median is exact to 0.001 degrees
 
 
@@ -29,7 +33,7 @@ class TaskMeter:
 
     def __init__(self, task: TaskSpec) -> None:
         self.task = task
-        self.loss_sum, self.count = 0.0, 0
+        self.loss_sum, self.loss_count, self.count = 0.0, 0, 0
         self.stats: dict[str, torch.Tensor] = {}
 
     def _add(self, key: str, value: torch.Tensor) -> None:
@@ -38,9 +42,10 @@ class TaskMeter:
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch. output/target as in ``drmgf.losses``."""
-        n = output.shape[0]
-        self.loss_sum += float(task_loss(self.task, output, target)) * n
-        self.count += n
+        total, elements = loss_sum(self.task, output.detach(), target)
+        self.loss_sum += float(total)
+        self.loss_count += int(elements)
+        self.count += output.shape[0]
         getattr(self, f"_update_{self.task.kind}")(output.detach(), target)
 
     def _update_classification(self, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -72,8 +77,10 @@ class TaskMeter:
         self._add("pixels", mask.sum())
 
     def compute(self) -> dict[str, float]:
-        """Metrics of everything added so far (plus the mean loss)."""
-        out = {"loss": self.loss_sum / max(self.count, 1)}
+        """Metrics of everything added so far (plus the mean loss); NaN when nothing was added."""
+        if self.count == 0:
+            return {"loss": math.nan, **{k: math.nan for k in METRIC_NAMES[self.task.kind]}}
+        out = {"loss": self.loss_sum / max(self.loss_count, 1)}
         out.update(getattr(self, f"_compute_{self.task.kind}")())
         return {k: float(v) for k, v in out.items()}
 

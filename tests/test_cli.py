@@ -244,7 +244,7 @@ def test_train_prints_one_line_per_epoch(trained: tuple[Path, str, str]) -> None
         assert float(train_loss) == pytest.approx(sum(row["train"].values()) / len(row["train"]), abs=6e-5)
         assert val == f"{row['val']['summary']['mean_top1']:.4f}"
         assert test == f"{row['test']['summary']['mean_top1']:.4f}"
-    assert lines[-1] == f"run saved in {out} (metrics.jsonl, checkpoint.pt, best.pt, config.json)"
+    assert lines[-1] == f"run saved in {out} (config.json, metrics.jsonl, checkpoint.pt, best.pt)"
 
 
 def test_quiet_train_and_resume(tmp_path: Path) -> None:
@@ -290,8 +290,6 @@ def test_evaluate_table(trained: tuple[Path, str, str]) -> None:
     assert len(lines) == 3 + len(last["tasks"]) + 1
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="bug: `evaluate --split val` of a run trained with "
-                   "--val-fraction 0 ends in a KeyError traceback (TaskMeter.compute on an empty split)")
 def test_evaluate_an_empty_validation_split_is_a_one_line_error(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_cli(["train", *TINY, "--epochs", "1", "-q", "--val-fraction", "0", "--out", str(out)])[0] == 0
@@ -300,8 +298,6 @@ def test_evaluate_an_empty_validation_split_is_a_one_line_error(tmp_path: Path) 
     assert_one_line_error(stderr, "evaluate")
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="bug: --limit-train 2 (allowed by validate) leaves one "
-                   "training image, the loop drops that batch and StepMethod.train_epoch fails with KeyError")
 def test_train_on_the_smallest_allowed_split_does_not_crash(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, _, stderr = run_cli(["train", "--limit-train", "2", "--limit-test", "4", "--width", "4", "-q",
@@ -320,8 +316,6 @@ class _UserNet(torch.nn.Module):
         return {"shape": self.shape(self.conv(x).mean((2, 3)))}
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="bug: `drmgf evaluate` of a run trained with a user "
-                   "model rebuilds the registry model and load_state_dict fails with a RuntimeError traceback")
 def test_evaluate_a_user_model_run_is_a_one_line_error(tiny_config: Callable[..., Any], tmp_path: Path) -> None:
     from drmgf.train import fit
 

@@ -281,8 +281,6 @@ def test_a_user_model_with_outputs_that_are_not_tasks_is_a_user_error(make_cfg: 
     assert not Path(cfg.run.out).exists()
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="bug: output_tasks trusts a model's declared TaskSpecs "
-                   "without checking their targets against the dataset; KeyError in the first batch")
 def test_a_user_model_declaring_tasks_the_data_lacks_is_a_user_error(make_cfg: MakeCfg, tiny_data) -> None:
     class Declared(TwoHeads):
         tasks = (TaskSpec("shape", "classification", 6), TaskSpec("colour", "classification", 6))
@@ -361,8 +359,6 @@ def test_evaluate_run_outside_a_run_directory_is_a_user_error(tmp_path: Path) ->
         evaluate_run(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="bug: TaskMeter.compute raises KeyError on an "
-                   "empty split (evaluate --split val of a run trained with --val-fraction 0)")
 def test_evaluating_an_empty_validation_split_is_a_user_error(make_cfg: MakeCfg) -> None:
     out = fit(make_cfg(data={"val_fraction": 0.0}))
     with pytest.raises(UserError, match="val"):

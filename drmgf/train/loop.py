@@ -28,7 +28,7 @@ from drmgf.utils import atomic_write_json, atomic_write_text, package_versions, 
 log = logging.getLogger(__name__)
 
 # Fields that may differ when a run is resumed: they do not change the numbers of the epochs done.
-RESUMABLE_CHANGES = {("optim", "epochs"), ("run", "resume"), ("run", "device"), ("run", "threads")}
+RESUMABLE_CHANGES = {("optim", "epochs"), ("run", "resume"), ("run", "device"), ("run", "threads"), ("run", "out")}
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Run:
     model: nn.Module
     tasks: tuple[TaskSpec, ...]
     device: torch.device
+    user_model: bool = False
 
     @property
     def baseline(self) -> tuple[float, ...] | None:
@@ -81,10 +82,14 @@ def resolve(cfg: TrainConfig, data: DataBundle) -> TrainConfig:
 def output_tasks(model: nn.Module, data: DataBundle, example: torch.Tensor) -> tuple[TaskSpec, ...]:
     """TaskSpecs of a model's outputs; a user model's output names must be dataset task names."""
     declared = getattr(model, "tasks", None)
+    known = {t.name: t for t in data.tasks}
     if declared and all(isinstance(t, TaskSpec) for t in declared):
+        missing = [t.target for t in declared if t.target not in known]
+        if missing:
+            raise UserError(f"model tasks predict labels {missing} that {data.name} lacks ({sorted(known)}); "
+                            "set each TaskSpec's target to a dataset label")
         return tuple(declared)
     names = model_tasks(model, example)
-    known = {t.name: t for t in data.tasks}
     missing = [n for n in names if n not in known]
     if missing:
         raise UserError(f"model outputs {missing} are not tasks of {data.name} ({sorted(known)}); "
@@ -98,7 +103,11 @@ def assemble(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataBund
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    user_model = model is not None
     data = data if data is not None else load_dataset(cfg.data)
+    if len(data.train) < 2:
+        raise ConfigError(f"{data.name} keeps {len(data.train)} training image(s) after the validation hold-out; "
+                          "raise --limit-train or lower --val-fraction")
     cfg = resolve(cfg, data)
     seed_everything(cfg.run.seed)
     if model is None:
@@ -106,7 +115,8 @@ def assemble(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataBund
                             depth=cfg.model.depth, width=cfg.model.width, exit_every=cfg.model.exit_every)
     model = model.to(device)
     example = torch.zeros((2, *data.input_shape), device=device)
-    return Run(cfg=cfg, data=data, model=model, tasks=output_tasks(model, data, example), device=device)
+    return Run(cfg=cfg, data=data, model=model, tasks=output_tasks(model, data, example), device=device,
+               user_model=user_model)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -157,6 +167,7 @@ def run_info(run: Run, method: Method) -> dict[str, Any]:
     """The content of ``config.json``: resolved configuration, tasks, data and versions."""
     return {
         "config": run.cfg.to_dict(), "tasks": [t.to_dict() for t in run.tasks], "method": method.name,
+        "model_source": "user" if run.user_model else "registry",
         "data": {"name": run.data.name, "input_shape": list(run.data.input_shape),
                  "preprocessing": run.data.preprocessing(), "class_names": run.data.class_names,
                  "sizes": {"train": len(run.data.train), "val": len(run.data.val), "test": len(run.data.test)},
@@ -276,11 +287,19 @@ def load_run(run_dir: str | Path, *, checkpoint: str = LAST, device: str = "cpu"
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise UserError(f"{run_dir} is not a drmgf run directory (no config.json); pass the --out of `drmgf train`")
+    info = json.loads(config_path.read_text())
+    if model is None and info.get("model_source") == "user":
+        raise UserError(f"{run_dir} was trained with a user-defined model; load it from Python with "
+                        "drmgf.train.load_run(run_dir, model=YourModel())")
     ckpt = load_checkpoint(run_dir / checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    cfg = cfg.replace(run={"device": device, "resume": False})
+    cfg = cfg.replace(run={"device": device, "resume": False, "threads": None})
     run = assemble(cfg, model=model)
-    run.model.load_state_dict(ckpt["model"])
+    try:
+        run.model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise UserError(f"the weights in {run_dir / checkpoint} do not fit the model built from its config; "
+                        "was the checkpoint copied from another run?") from None
     run.model.eval()
     return run, ckpt
 
@@ -290,6 +309,9 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = 
     """Evaluate a run's checkpoint on ``split``; same numbers as the matching metrics.jsonl entry."""
     run, ckpt = load_run(run_dir, checkpoint=checkpoint, device=device)
     data_split = {"test": run.data.test, "val": run.data.val, "train": run.data.train}[split]
+    if len(data_split) == 0:
+        raise UserError(f"the {split} split of {run_dir} is empty (trained with --val-fraction "
+                        f"{run.cfg.data.val_fraction}); evaluate --split test")
     result = evaluate(run.model, data_split, run.tasks, run.data, batch_size=run.cfg.run.eval_batch_size,
                       device=run.device, baseline=run.baseline)
     return {"run": str(run_dir), "split": split, "epoch": int(ckpt["epoch"]), **result}
