@@ -43,7 +43,7 @@ def finetune(module: nn.Module, task: TaskSpec, run: Run, epochs: int) -> None:
         gen = generator(cfg.run.seed, 1_000_003, epoch)
         for images, targets in iterate(run.data.train, cfg.optim.batch_size, gen=gen, drop_last=drop_last):
             x = normalize(images, run.data.mean, run.data.std)
-            x = augment_crop_flip(x, gen) if augment else x
+            x = augment_crop_flip(x, gen, flip=run.data.hflip) if augment else x
             loss = task_loss(task, module(x), targets[task.target])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -56,6 +56,7 @@ class DataBundle:
         mean, std: per-channel normalisation applied after scaling pixels to [0, 1].
         class_names: optional names per classification/segmentation label.
         info: free-form provenance (source path, sizes) saved next to runs.
+        hflip: whether ``--augment`` may mirror images horizontally.
     """
 
     name: str
@@ -67,6 +68,7 @@ class DataBundle:
     std: tuple[float, ...]
     class_names: dict[str, list[str]] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
+    hflip: bool = True  # False where a mirror image changes the labels (multi-fashion's left/right)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -106,8 +108,8 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return (x - m) / s
 
 
-def augment_crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding and random horizontal flip (CIFAR-style), per image.
+def augment_crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop after zero padding and (when ``flip``) random horizontal flip (CIFAR-style), per image.
 
     Args:
         images: [B, C, H, W] float, already normalised.
@@ -116,9 +118,9 @@ def augment_crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) 
     padded = F.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
-    flip = (torch.rand(b, generator=gen) < 0.5).tolist()
+    mirror = (torch.rand(b, generator=gen) < 0.5).tolist()
     out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-    idx = [i for i, f in enumerate(flip) if f]
+    idx = [i for i, f in enumerate(mirror) if f] if flip else []
     if idx:
         out[idx] = out[idx].flip(-1)
     return out

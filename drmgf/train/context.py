@@ -73,7 +73,7 @@ class TrainContext:
                                        drop_last=self._drop_last(), max_batches=limit):
             x = normalize(images, self.data.mean, self.data.std)
             if self.augment:
-                x = augment_crop_flip(x, gen)
+                x = augment_crop_flip(x, gen, flip=self.data.hflip)
             yield x.to(self.device), {k: v.to(self.device) for k, v in targets.items()}
 
     def losses(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
