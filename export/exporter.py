@@ -17,12 +17,13 @@ from drmgf.methods.sharing import probe_sharing
 from drmgf.train.loop import Run, load_run
 from drmgf.utils import atomic_write_json, package_versions
 from drmgf.export import triton
-from drmgf.export.files import sha256, staged_directory
+from drmgf.export.files import check_replaceable, sha256, staged_directory
 from drmgf.export.finetune import finetune, task_metrics
+from drmgf.export.groups import channel_groups
 from drmgf.export.onnx_io import INPUT_NAME, PARITY_TOLERANCE, TupleOutputs, check_opset, export_onnx, parity
-from drmgf.export.prune import prune_task
+from drmgf.export.prune import prune_task, union_routes
 from drmgf.export.routes import read_routes
-from drmgf.export.tasknet import TaskNet, count_macs_params, task_nets
+from drmgf.export.tasknet import TaskNet, copy_with_names, count_macs_params, task_nets
 
 log = logging.getLogger(__name__)
 SCHEMA = "drmgf.export/1"
@@ -77,6 +78,8 @@ def export_task(run: Run, net: TaskNet, kept: dict[str, list[int]], stage: Path,
     one, two = sample_inputs(run, 1), sample_inputs(run, 2)
     checks = [sample_inputs(run, 1), sample_inputs(run, 3)]
     dense = net.module.eval()
+    module, names = copy_with_names(net)  # a hand-edited routes file may split a group: record what is really kept
+    kept = union_routes(channel_groups(module, one, names, net.couplings), kept)
     pruned = prune_task(net, kept, one)
     metrics = {"dense": task_metrics(dense, spec, run.data.test, run), "pruned": task_metrics(pruned, spec, run.data.test, run)}
     if finetune_epochs:
@@ -143,6 +146,8 @@ def export_run(run_dir: str | Path, *, routes_path: str | Path | None = None, ta
     if finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     run_dir = Path(run_dir)
+    if triton_dir:
+        check_replaceable(Path(triton_dir))  # fail before minutes of exporting, not after
     routes_file = Path(routes_path) if routes_path else run_dir / "routes.json"
     document = load_routes_file(routes_file)
     run, ckpt, nets = prepare(run_dir, tasks, checkpoint)

@@ -24,6 +24,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_replaceable(target: Path) -> None:
+    """Raise a UserError unless ``target`` is absent, empty, or a directory drmgf wrote (marker file)."""
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MARKER).exists())):
+        raise UserError(f"{target} exists and was not written by drmgf; choose another directory or remove it")
+
+
 @contextlib.contextmanager
 def staged_directory(target: Path) -> Iterator[Path]:
     """Build a directory next to ``target`` and swap it in only when the block succeeds.
@@ -31,8 +37,7 @@ def staged_directory(target: Path) -> Iterator[Path]:
     An existing ``target`` survives any failure; it is replaced only if drmgf wrote it (marker file)
     or it is empty, so a user's own directory is never clobbered.
     """
-    if target.exists() and any(target.iterdir()) and not (target / MARKER).exists():
-        raise UserError(f"{target} exists and was not written by drmgf; choose another directory or remove it")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     default_permissions(stage)

@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,20 @@ class TupleOutputs(nn.Module):
         return tuple(out[n] for n in self.names)
 
 
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    """The exporter's libraries log harmless translation notes at WARNING; keep the CLI output clean."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def check_opset(opset: int) -> None:
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset must be {MIN_OPSET} or newer (the dynamo exporter emits 18+), got {opset}")
@@ -58,7 +73,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_nam
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as chatter:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as chatter, _quiet_loggers():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), tmp, dynamo=True, external_data=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=output_names, dynamic_shapes=({0: batch},))

@@ -66,3 +66,47 @@ def routes_figure(document: dict[str, Any], path: Path) -> None:
     fig.colorbar(im2, ax=right, fraction=0.046)
     save_figure(fig, path)
     plt.close(fig)
+
+
+_GRAPH_MARKERS = {"full": "o", "dense": "s", "pruned": "^"}
+
+
+def latency_accuracy_figure(points: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy against median latency, one colour per task, one marker per graph kind, annotated.
+
+    Args:
+        points: {"task", "graph" (full|dense|pruned), "latency_ms", "metric", "value"} each; one panel
+            per metric name, so tasks measured in different units are not mixed on one axis.
+        path: the ``.png`` to write.
+        title: figure title (says which setting the latency belongs to).
+    """
+    from drmgf.metrics import HIGHER_IS_BETTER
+
+    plt = _pyplot()
+    metrics = list(dict.fromkeys(p["metric"] for p in points))
+    tasks = list(dict.fromkeys(p["task"] for p in points))
+    colours = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(tasks)}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        mine = [p for p in points if p["metric"] == metric]
+        for p in mine:
+            ax.scatter(p["latency_ms"], p["value"], color=colours[p["task"]], marker=_GRAPH_MARKERS.get(p["graph"], "x"),
+                       s=60, edgecolors="black", linewidths=0.5, zorder=3)
+            ax.annotate(f"{p['task']} {p['graph']}", (p["latency_ms"], p["value"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+        latencies = [p["latency_ms"] for p in mine]
+        if min(latencies) > 0 and max(latencies) / min(latencies) > 10:
+            from matplotlib.ticker import FormatStrFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+        ax.set(xlabel="median latency (ms)", ylabel=f"{metric} ({better} is better)")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=t) for t, c in colours.items()]
+    handles += [plt.Line2D([], [], color="grey", marker=m, linestyle="", label=g) for g, m in _GRAPH_MARKERS.items()]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+    plt.close(fig)

@@ -165,18 +165,25 @@ def read_routes(document: dict[str, Any], nets: dict[str, TaskNet]) -> dict[str,
         if task not in document["tasks"]:
             raise ConfigError(f"routes file has no route for task {task!r}; recreate it with `drmgf routes`")
         layers = document["tasks"][task]["layers"]
+        sizes = {net.names[id(m)]: int(m.out_channels) for m in net.module.modules() if id(m) in net.names}
         out[task] = {}
         for layer in net.route_layers:
-            out[task][layer] = _checked(layers, layer, task)
+            out[task][layer] = _checked(layers, layer, task, sizes[layer])
     return out
 
 
-def _checked(layers: dict[str, Any], layer: str, task: str) -> list[int]:
+def _checked(layers: dict[str, Any], layer: str, task: str, size: int) -> list[int]:
     entry = layers.get(layer)
     if entry is None:
         raise ConfigError(f"routes file lacks layer {layer!r} of task {task!r}; recreate it with `drmgf routes`")
-    kept, size = entry["kept"], int(entry["filters"])
+    if entry.get("filters") != size or not isinstance(entry.get("kept"), list) \
+            or not all(isinstance(k, int) and not isinstance(k, bool) for k in entry["kept"]):
+        raise ConfigError(f"routes file: layer {layer!r} of task {task!r} must list the kept filters (integers) of "
+                          f"a conv with {size} filters, got filters={entry.get('filters')!r}; was it made for "
+                          "another run? recreate it with `drmgf routes`")
+    kept = entry["kept"]
     if not kept or sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= size:
         raise ConfigError(f"routes file: layer {layer!r} of task {task!r} must keep sorted unique filters in "
-                          f"[0, {size}), got {kept[:8]}{'...' if len(kept) > 8 else ''}")
+                          f"[0, {size}), got {kept[:8]}{'...' if len(kept) > 8 else ''}; "
+                          "recreate it with `drmgf routes`")
     return [int(k) for k in kept]
