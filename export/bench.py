@@ -33,6 +33,7 @@ from drmgf.errors import ConfigError, UserError
 from drmgf.metrics import TaskMeter
 from drmgf.tasks import TaskSpec
 from drmgf.utils import atomic_write_json, atomic_write_text
+from drmgf.export.hardware import channel_block, cpu_facts
 from drmgf.export.files import sha256
 from drmgf.export.onnx_io import INPUT_NAME, session
 
@@ -316,33 +317,6 @@ def task_entry(task: str, spec: TaskSpec, graphs: dict[str, Graph], accuracy: di
             "settings": task_settings(task, measured),
             "efficiency": {**task_efficiency(by_kind["dense"], by_kind["pruned"], measured),
                            "unaligned_layers": unaligned_layers(kept_counts, block)}}
-
-
-def cpu_facts() -> tuple[str, set[str]]:
-    """CPU model name and feature flags from /proc/cpuinfo (``platform.processor()`` and no flags elsewhere)."""
-    model, flags = "", set()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model or platform.processor() or "unknown", flags
-
-
-def channel_block(flags: set[str]) -> int | None:
-    """Channels per block of onnxruntime's NCHWc convolutions (MLAS: 16 with AVX-512, 8 with AVX2).
-
-    A conv whose channel count is not a multiple of the block costs about as much as the next multiple.
-    """
-    if "avx512f" in flags:
-        return 16
-    return 8 if "avx2" in flags else None
 
 
 def unaligned_layers(kept_counts: dict[str, str], block: int | None) -> dict[str, str]:

@@ -9,22 +9,40 @@ from drmgf.export.groups import ChannelGroup, channel_groups
 from drmgf.export.tasknet import TaskNet, copy_with_names
 
 
-def union_routes(groups: list[ChannelGroup], selected: dict[str, list[int]]) -> dict[str, list[int]]:
+def union_routes(groups: list[ChannelGroup], selected: dict[str, list[int]],
+                 scores: dict[str, torch.Tensor] | None = None, align: int = 1) -> dict[str, list[int]]:
     """Final kept filters per route layer: every group keeps the union of its members' choices.
 
     Args:
         groups: the task network's channel groups.
         selected: route layer -> filters the rule kept (other convs keep everything).
+        scores: route layer -> [O] filter scores, used to pick the filters added by ``align``.
+        align: round every group's kept count up to a multiple of this (capped at the group size):
+            onnxruntime runs a conv keeping 20 of 32 channels as slowly as one keeping 32.
     Returns:
         route layer -> sorted kept filters, consistent across each group.
     """
     final = {}
     for group in groups:
         positions = group.kept_positions(selected)
+        if align > 1 and len(positions) % align:
+            positions = _aligned(group, positions, scores or {}, align)
         for name, channels in group.members.items():
             if name in selected:
                 final[name] = sorted(channels[p] for p in positions)
     return final
+
+
+def _aligned(group: ChannelGroup, positions: list[int], scores: dict[str, torch.Tensor], align: int) -> list[int]:
+    """Add the best-scoring remaining positions (sum of members' max-normalised scores) up to a multiple of align."""
+    target = min(group.size, -(-len(positions) // align) * align)
+    merit = torch.zeros(group.size, dtype=torch.float64)
+    for name, channels in group.members.items():
+        if name in scores:
+            s = scores[name].double()
+            merit += s[channels] / s.max().clamp_min(1e-30)
+    rest = sorted(set(range(group.size)) - set(positions), key=lambda p: (-float(merit[p]), p))
+    return sorted(positions + rest[: target - len(positions)])
 
 
 def prune_task(net: TaskNet, kept: dict[str, list[int]], example: torch.Tensor) -> nn.Module:

@@ -5,6 +5,7 @@ A route is, per shared conv a task reaches, the filters the task keeps. Scores: 
 Rules: ``threshold`` (r / max r >= tau), ``keep-ratio`` (top ceil(rho * O)), ``dominance`` (keep
 unless another task's share beats this task's by ``margin``). No layer is ever emptied, and
 coupled filters (residual adds, concats, pool indices) keep the union of their layers' choices.
+``align`` then rounds each group's kept count up to a multiple of the runtime's channel block.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RouteRule:
     keep_ratio: float = 0.5
     margin: float = 1.1
     score: str = "importance"
+    align: int = 1
 
     def validate(self) -> None:
         if self.rule not in RULES:
@@ -48,6 +50,8 @@ class RouteRule:
             raise ConfigError(f"--keep-ratio must be in (0, 1], got {self.keep_ratio}")
         if self.margin < 1:
             raise ConfigError(f"--margin must be >= 1, got {self.margin}")
+        if self.align < 1:
+            raise ConfigError(f"--align must be auto or a channel count >= 1, got {self.align}")
         if self.rule == "dominance" and self.score != "importance":
             raise ConfigError("--rule dominance compares tasks' learned importance: use it with --score importance")
 
@@ -125,7 +129,8 @@ def compute_routes(model: torch.nn.Module, nets: dict[str, TaskNet], rule: Route
     for task, net in nets.items():
         chosen = {layer: select(rule, s, sh, k) for layer, (s, sh, k) in scored[task].items()}
         module, names = copy_with_names(net)
-        final = union_routes(channel_groups(module, example, names, net.couplings), chosen)
+        layer_scores_t = {layer: s for layer, (s, _, _) in scored[task].items()}
+        final = union_routes(channel_groups(module, example, names, net.couplings), chosen, layer_scores_t, rule.align)
         pruned = prune_task(net, final, example)
         macs, params = count_macs_params(module, example)
         macs_kept, params_kept = count_macs_params(pruned, example)

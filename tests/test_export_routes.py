@@ -159,6 +159,19 @@ def test_union_routes_gives_every_route_member_the_group_union() -> None:
     assert final == {"stem": [0, 3], "b0.conv2": [0, 3], "b0.conv1": [1], "shared": [0, 1]}
 
 
+def test_align_rounds_each_group_up_with_its_best_remaining_filters() -> None:
+    residual = ChannelGroup(size=8, members={"a": list(range(8)), "b": [7, 6, 5, 4, 3, 2, 1, 0]}, roots=["a"])
+    small = ChannelGroup(size=3, members={"c": [0, 1, 2]}, roots=["c"])
+    scores = {"a": torch.tensor([9.0, 1, 1, 1, 1, 1, 5, 1]), "b": torch.tensor([1.0, 1, 1, 1, 1, 1, 1, 8]),
+              "c": torch.tensor([1.0, 2, 3])}
+    # a keeps 0, b keeps its 7 (= position 0): union {0}; align 4 adds position 6 (a:5) then by merit/index
+    final = union_routes([residual, small], {"a": [0], "b": [7], "c": [2]}, scores, align=4)
+    assert len(final["a"]) == 4 and {0, 6} <= set(final["a"])
+    assert final["b"] == sorted(7 - p for p in final["a"])  # still one group
+    assert final["c"] == [0, 1, 2]  # capped at the group size
+    assert union_routes([residual], {"a": [0, 1, 2, 3], "b": [7]}, scores, align=4)["a"] == [0, 1, 2, 3]
+
+
 def _groups_of(model: torch.nn.Module, task: str) -> list[ChannelGroup]:
     x = torch.randn(2, 3, 32, 32)
     nets = task_nets(model, probe_sharing(model, [s.name for s in model.tasks], x))
@@ -237,7 +250,8 @@ def test_keep_ratio_routes_of_a_drmgf_run(drmgf_run: Path, tmp_path: Path) -> No
     doc = routes_for_run(drmgf_run, RouteRule(rule="keep-ratio", keep_ratio=0.5), out=tmp_path / "r.json", plot=False)
     check_document(doc, drmgf_run)
     assert json.loads((tmp_path / "r.json").read_text()) == doc
-    assert doc["rule"] == {"rule": "keep-ratio", "tau": 0.1, "keep_ratio": 0.5, "margin": 1.1, "score": "importance"}
+    assert doc["rule"] == {"rule": "keep-ratio", "tau": 0.1, "keep_ratio": 0.5, "margin": 1.1, "score": "importance",
+                           "align": 1}
     for route in doc["tasks"].values():
         for entry in route["layers"].values():
             assert entry["selected"] == math.ceil(0.5 * entry["filters"])

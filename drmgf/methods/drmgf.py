@@ -63,8 +63,8 @@ class DRMGF(PeriodMethod):
         self.to(ctx.device)
         v_params, s_params = self._all(self.importance), self._all(self.scale)
         # A single task (or nothing shared) has no variables: nothing to optimise.
-        self._v_opt = torch.optim.Adam(v_params, lr=self.cfg.v_lr, weight_decay=0.0) if v_params else None
-        self._s_opt = torch.optim.Adam(s_params, lr=self.cfg.s_lr) if s_params else None
+        self._v_opt = torch.optim.Adam(v_params, lr=self.cfg.v_lr, weight_decay=0.0, foreach=True) if v_params else None
+        self._s_opt = torch.optim.Adam(s_params, lr=self.cfg.s_lr, foreach=True) if s_params else None
         for opt in self.optimizers().values():
             for group in opt.param_groups:
                 group["initial_lr"] = group["lr"]
