@@ -48,7 +48,7 @@ class OptimConfig:
     """How the network weights are optimised."""
 
     epochs: int = _f(10, "training epochs (one DR-MGF/Meta-GF period per epoch)")
-    batch_size: int = _f(64, "minibatch size")
+    batch_size: int | None = _f(None, "minibatch size (auto: 64 for classification, 8 for dense tasks)")
     optimizer: str = _f("auto", "sgd, adam, or auto (sgd for classification, adam for dense tasks)")
     lr: float | None = _f(None, "network learning rate (auto: 0.05 for sgd, 1e-3 for adam)")
     momentum: float = _f(0.9, "sgd momentum")
@@ -162,7 +162,7 @@ def validate(cfg: TrainConfig, *, datasets: list[str], models: list[str], method
     _check(m.width is None or m.width >= 1, f"--width must be >= 1, got {m.width}")
     _check(m.exit_every is None or m.exit_every >= 1, f"--exit-every must be >= 1, got {m.exit_every}")
     _check(o.epochs >= 1, f"--epochs must be >= 1, got {o.epochs}")
-    _check(o.batch_size >= 1, f"--batch-size must be >= 1, got {o.batch_size}")
+    _check(o.batch_size is None or o.batch_size >= 1, f"--batch-size must be >= 1, got {o.batch_size}")
     _check(o.optimizer in ("auto", "sgd", "adam"), f"--optimizer must be auto, sgd or adam, got {o.optimizer!r}")
     _check(o.lr is None or o.lr > 0, f"--lr must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, f"--weight-decay must be >= 0, got {o.weight_decay}")

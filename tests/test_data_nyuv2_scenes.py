@@ -146,7 +146,8 @@ def test_scenes_shapes_and_determinism(rendered: dict[str, object]) -> None:
     for key, value in all_rows(a).items():
         assert torch.equal(value, all_rows(b)[key]), key
     assert not torch.equal(a.test.images, other.test.images)
-    assert "delta_m_baseline" not in a.info and a.class_names["semantic"] == list(scenes.CLASSES)
+    assert a.info["delta_m_baseline"] == list(scenes.SINGLE_TASK_BASELINE)
+    assert a.class_names["semantic"] == list(scenes.CLASSES)
 
 
 def test_scenes_ground_truth_is_consistent(rendered: dict[str, object]) -> None:

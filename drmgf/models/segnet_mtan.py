@@ -279,6 +279,11 @@ class SegNetMTAN(nn.Module):
         feats = self.backbone(x)
         return {name: self.heads[name](branch(feats, self.shared_attention)) for name, branch in self.branches.items()}
 
+    @torch.no_grad()
+    def init_output_bias(self, name: str, value: float) -> None:
+        """Set the last layer's bias of output ``name`` (the loop starts depth at the data's mean)."""
+        self.heads[name].out.bias.fill_(value)
+
     def channel_couplings(self) -> list[tuple[nn.Module, nn.Module]]:
         """Convs whose output channels are tied outside autograd (pool indices), for pruning."""
         return [(a, b) for a, b in unpool_couplings(self) if a is not b]

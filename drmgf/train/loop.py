@@ -72,11 +72,29 @@ def select_tasks(cfg: TrainConfig, data: DataBundle) -> tuple[TaskSpec, ...]:
 
 
 def resolve(cfg: TrainConfig, data: DataBundle) -> TrainConfig:
-    """Fill the ``auto`` choices that depend on the data (optimizer, learning rate)."""
+    """Fill the ``auto`` choices that depend on the data (optimizer, learning rate, batch size)."""
     dense = any(t.kind != "classification" for t in data.tasks)
     opt = cfg.optim.optimizer if cfg.optim.optimizer != "auto" else ("adam" if dense else "sgd")
     lr = cfg.optim.lr if cfg.optim.lr is not None else (1e-3 if opt == "adam" else 0.05)
-    return cfg.replace(optim={"optimizer": opt, "lr": lr})
+    batch = cfg.optim.batch_size if cfg.optim.batch_size is not None else (8 if dense else 64)
+    return cfg.replace(optim={"optimizer": opt, "lr": lr, "batch_size": batch})
+
+
+@torch.no_grad()
+def init_output_biases(model: nn.Module, tasks: tuple[TaskSpec, ...], data: DataBundle) -> None:
+    """Start depth outputs at the training set's mean depth (models offering ``init_output_bias``).
+
+    A zero-initialised depth head needs thousands of Adam steps to climb to metric depths of a
+    few metres; starting at the mean removes that warm-up without changing the architecture.
+    """
+    if not hasattr(model, "init_output_bias"):
+        return
+    for task in tasks:
+        if task.kind == "depth":
+            depth = data.train.targets[task.target]
+            valid = depth[depth != 0]
+            if valid.numel():
+                model.init_output_bias(task.name, float(valid.double().mean()))
 
 
 def output_tasks(model: nn.Module, data: DataBundle, example: torch.Tensor) -> tuple[TaskSpec, ...]:
@@ -113,6 +131,7 @@ def assemble(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataBund
     if model is None:
         model = build_model(cfg.model.model, select_tasks(cfg, data), data.input_shape[0],
                             depth=cfg.model.depth, width=cfg.model.width, exit_every=cfg.model.exit_every)
+        init_output_biases(model, tuple(getattr(model, "tasks", ())), data)
     model = model.to(device)
     example = torch.zeros((2, *data.input_shape), device=device)
     return Run(cfg=cfg, data=data, model=model, tasks=output_tasks(model, data, example), device=device,
