@@ -4,8 +4,6 @@ No test asserts on a measured time."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from collections.abc import Callable
@@ -14,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from drmgf.cli.main import main
 from drmgf.config import TrainConfig
 from drmgf.export.bench import (
     GRAPH_KINDS, REFERENCE, SCHEMA, BenchOptions, channel_block, efficiency, fill_batch, round_robin, settings,
@@ -26,25 +23,10 @@ from drmgf.export.routes_run import routes_for_run
 from drmgf.train import fit
 from drmgf.train.evaluate import evaluate
 from drmgf.train.loop import load_run
+from tests.helpers import assert_one_line_error as _one_line_error
+from tests.helpers import run_cli
 
 ARTIFACTS = ("bench.json", "bench.md", "latency_accuracy.png")
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``drmgf argv`` in-process; argparse's exits count as statuses."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(err: str, command: str = "bench") -> None:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    assert err.startswith(f"drmgf {command}: error: "), err
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +207,7 @@ def test_help_names_the_flags() -> None:
     assert code == 0
     for flag in ("--batch", "--threads", "--split", "--runs", "--min-time", "--limit"):
         assert flag in out
+
+
+def assert_one_line_error(err: str, command: str = "bench") -> None:
+    _one_line_error(err, command)

@@ -3,9 +3,7 @@ messages, and train -> evaluate on the tiny ``shapes`` data. One subprocess chec
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import re
 import shutil
@@ -21,27 +19,16 @@ import torch
 
 import drmgf
 from drmgf.cli.commands import COMMANDS
-from drmgf.cli.main import main
 from drmgf.config import TrainConfig
 from drmgf.data import DATASETS
 from drmgf.methods import METHODS
 from drmgf.models import MODELS
 from drmgf.train.checkpoint import LAST
+from tests.helpers import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-train", "24", "--limit-test", "8", "--width", "4", "--batch-size", "8", "--eval-batch-size", "16"]
 Digests = Callable[[Path], dict[str, str]]
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``drmgf argv``; argparse's exits count as statuses."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def flat(text: str) -> str:
@@ -51,12 +38,6 @@ def flat(text: str) -> str:
 
 def metrics_lines(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_one_line_error(err: str, command: str | None = None) -> None:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    assert err.startswith(f"drmgf {command}: error: " if command else "drmgf"), err
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,7 @@ end to end on one tiny run: files, manifest, Triton layout, atomic replacement a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import shutil
 from collections.abc import Callable
@@ -18,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from drmgf.cli.main import main
 from drmgf.config import TrainConfig
 from drmgf.data import shapes
 from drmgf.errors import ConfigError, UserError
@@ -36,25 +33,10 @@ from drmgf.methods.sharing import probe_sharing
 from drmgf.models import build_model
 from drmgf.tasks import TaskSpec
 from drmgf.train import fit
+from tests.helpers import assert_one_line_error as _one_line_error
+from tests.helpers import run_cli
 
 DENSE_TASKS = (TaskSpec("semantic", "segmentation", 6), TaskSpec("depth", "depth"))
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``drmgf argv`` in-process; argparse's exits count as statuses."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(err: str, command: str = "export") -> None:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    assert err.startswith(f"drmgf {command}: error: "), err
 
 
 def calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -417,3 +399,7 @@ def test_export_usage_errors_are_one_line(run_copy: Path, tmp_path: Path) -> Non
     got, _, err = run_cli(["export", str(run_copy), "--triton", str(tmp_path / "other"), "-q"])
     assert got == 1 and "was not written by drmgf" in err
     assert (tmp_path / "other" / "mine.txt").read_text() == "not drmgf's"
+
+
+def assert_one_line_error(err: str, command: str = "export") -> None:
+    _one_line_error(err, command)

@@ -4,8 +4,6 @@ one tiny DR-MGF run and one tiny equal-weights run."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from collections.abc import Callable
@@ -14,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from drmgf.cli.main import main
 from drmgf.config import TrainConfig
 from drmgf.data import shapes
 from drmgf.errors import ConfigError
@@ -26,23 +23,7 @@ from drmgf.export.tasknet import copy_with_names, task_nets
 from drmgf.methods.sharing import probe_sharing
 from drmgf.models import build_model
 from drmgf.train import fit
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``drmgf argv`` in-process; argparse's exits count as statuses."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(err: str, command: str) -> None:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    assert err.startswith(f"drmgf {command}: error: "), err
+from tests.helpers import assert_one_line_error, run_cli
 
 
 def t(*values: float) -> torch.Tensor:

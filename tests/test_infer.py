@@ -4,8 +4,6 @@ manifest; predictions equal onnxruntime on the training preprocessing; every inp
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +15,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from drmgf.cli.main import main
 from drmgf.config import TrainConfig
 from drmgf.data import shapes
 from drmgf.data.base import normalize as train_normalize
@@ -33,33 +30,18 @@ from drmgf.methods.sharing import probe_sharing
 from drmgf.models import build_model
 from drmgf.tasks import TaskSpec
 from drmgf.train import fit
+from tests.helpers import assert_one_line_error as _one_line_error
+from tests.helpers import run_cli
 
 SEG_CLASSES = ["floor", "wall", "table", "chair", "lamp", "door"]
 SEG_PREP = {"layout": "NCHW", "dtype": "float32", "input_shape": [3, 32, 32], "scale": 1.0,
             "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.3], "pixel_range": "0..1 float"}
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``drmgf argv`` in-process; argparse's exits count as statuses."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
 def infer_json(*argv: str) -> dict[str, Any]:
     code, stdout, stderr = run_cli(["infer", *argv, "--json"])
     assert code == 0, stderr
     return json.loads(stdout)
-
-
-def assert_one_line_error(err: str) -> None:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    assert err.startswith("drmgf infer: error: "), err
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -386,3 +368,7 @@ def test_model_and_manifest_errors_are_one_line(export_dir: Path, segnet: tuple[
         code, stdout, err = run_cli(["infer", *argv])
         assert code == 1 and stdout == "" and message in err, err
         assert_one_line_error(err)
+
+
+def assert_one_line_error(err: str, command: str = "infer") -> None:
+    _one_line_error(err, command)

@@ -143,15 +143,33 @@ def gradnorm_loss(weights: torch.Tensor, grad_norms: torch.Tensor, loss_ratios: 
     return (norms - target).abs().sum()
 
 
+def call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the modules owning parameters, in the order one forward calls them."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
+             for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was)
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
 def last_common_weight(ctx: TrainContext) -> str:
-    """Name of W: the last-registered weight (ndim >= 2) that every task reaches."""
+    """Name of W: the weight (ndim >= 2) reached by every task whose module the forward calls last."""
     x, _ = next(iter(ctx.batches(0, limit=1)))
     sharing = probe_sharing(ctx.model, ctx.task_names, x)
     params = dict(ctx.model.named_parameters())
     common = [n for n, ts in sharing.reach.items() if len(ts) == len(ctx.tasks) and params[n].ndim >= 2]
     if not common or len(ctx.tasks) < 2:
         raise ConfigError("--method gradnorm needs a layer shared by all tasks (two or more); this model has none")
-    return common[-1]
+    rank = {name: i for i, name in enumerate(call_order(ctx.model, x))}
+    return max(common, key=lambda n: rank.get(n.rsplit(".", 1)[0], -1))
 
 
 class GradNorm(StepMethod):
