@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from drmgf.cli import evaluate_cmd, export_cmd, inspect_cmd, list_cmd, routes_cmd, train_cmd
-from drmgf.cli import infer_cmd
-from drmgf.cli import bench_cmd
+from drmgf.cli import bench_cmd, evaluate_cmd, export_cmd, infer_cmd, inspect_cmd, list_cmd, routes_cmd, train_cmd
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
@@ -20,8 +18,8 @@ COMMANDS: dict[str, Command] = {
                routes_cmd.add_args, routes_cmd.run),
     "export": ("full.onnx and one pruned ONNX graph per task, checked in onnxruntime (writes RUN_DIR/export/)",
                export_cmd.add_args, export_cmd.run),
-    "bench": (bench_cmd.HELP, bench_cmd.add_args, bench_cmd.run),
     "infer": ("run one exported ONNX graph on images or .npy arrays (top classes, dense maps as .npy)",
               infer_cmd.add_args, infer_cmd.run),
+    "bench": (bench_cmd.HELP, bench_cmd.add_args, bench_cmd.run),
     "list": ("datasets, models and methods", list_cmd.add_args, list_cmd.run),
 }

@@ -19,9 +19,9 @@ from torch import nn
 from torch.func import functional_call
 
 from drmgf.config import MethodConfig
-from drmgf.methods.fusion import connection_weights, convex_fuse, norm_bias_weights, norm_weight_weights
+from drmgf.methods.fusion import convex_fuse, importance_shares, norm_bias_weights, norm_weight_weights
 from drmgf.methods.period import PeriodMethod, escape, unescape
-from drmgf.methods.routing import routed_weight, slice_norm
+from drmgf.methods.routing import gate_weights, routed_weight, slice_norm
 from drmgf.train.context import TrainContext
 
 SCALED_ROLES = {"connection", "norm_weight", "norm_bias"}
@@ -43,6 +43,9 @@ class DRMGF(PeriodMethod):
         self.scale = nn.ModuleDict()
         self._v_opt: torch.optim.Optimizer | None = None
         self._s_opt: torch.optim.Optimizer | None = None
+        self._routes = False
+        self._gates: dict[tuple[str, str], torch.Tensor] = {}  # per period: route weights c / sum c
+        self._shares: dict[str, torch.Tensor] = {}  # per fusion: |v| / sum_i |v| (v frozen there)
 
     def fused_roles(self) -> set[str]:
         return SCALED_ROLES
@@ -96,6 +99,8 @@ class DRMGF(PeriodMethod):
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * self.lr_factor(epoch, epochs)
         self._old = {k: p.detach().clone() for k, p in self.named_parameters()}
+        self._gates: dict[tuple[str, str], torch.Tensor] = {}
+        self._shares: dict[str, torch.Tensor] = {}
 
     def end_period(self, ctx: TrainContext, epoch: int) -> None:
         if self._routes or self.cfg.ema <= 0:
@@ -116,7 +121,11 @@ class DRMGF(PeriodMethod):
         for name, pl in self.plan.items():
             if pl.role == "connection":
                 current = pl.tasks.index(task) if task in pl.tasks else None
-                out[name] = routed_weight(params[name], self._importances(name), current, self.cfg.dominance)
+                c = self._gates.get((name, task))
+                if c is None:  # the same at every step: cached per period
+                    c = self._gates[(name, task)] = gate_weights(len(pl.tasks), current, self.cfg.dominance,
+                                                                 params[name])
+                out[name] = routed_weight(params[name], self._importances(name), current, self.cfg.dominance, c)
         return out
 
     def task_forward(self, ctx: TrainContext, task: str, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
@@ -160,8 +169,10 @@ class DRMGF(PeriodMethod):
         """pi [K, O, I] or [K, C] of the tasks reaching shared parameter ``name``."""
         pl = self.plan[name]
         ss = torch.stack([self.scale[t][escape(name)] for t in pl.tasks])
-        if pl.role == "connection":  # v is frozen during fusion
-            return connection_weights(self._importances(name).detach(), ss)
+        if pl.role == "connection":  # v is frozen during fusion: its shares are computed once
+            if name not in self._shares:
+                self._shares[name] = importance_shares(self._importances(name).detach())
+            return self._shares[name] * ss.abs()
         if pl.role == "norm_weight":
             return norm_weight_weights(torch.ones_like(ss), ss)
         return norm_bias_weights(ss)

@@ -25,6 +25,12 @@ def convex_fuse(w0: torch.Tensor, deltas: torch.Tensor, pis: torch.Tensor) -> to
     return w0 + (pis * deltas).sum(0) / (pis.sum(0) + FUSION_EPS)
 
 
+def importance_shares(vs: torch.Tensor) -> torch.Tensor:
+    """|v_t[o, i]| / sum_i' |v_t[o, i']|: [K, O, I] -> [K, O, I] (constant during a fusion pass)."""
+    a = vs.abs()
+    return a / a.sum(dim=-1, keepdim=True).clamp_min(FUSION_EPS)
+
+
 def connection_weights(vs: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
     """pi_t[o, i] = (|v_t[o, i]| / sum_i' |v_t[o, i']|) * |s_t[o, i]| for shared conv weights.
 
@@ -33,8 +39,7 @@ def connection_weights(vs: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
     Returns:
         [K, O, I].
     """
-    a = vs.abs()
-    return a / a.sum(dim=-1, keepdim=True).clamp_min(FUSION_EPS) * ss.abs()
+    return importance_shares(vs) * ss.abs()
 
 
 def norm_weight_weights(vs: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:

@@ -16,15 +16,23 @@ NORM_EPS = 1e-12
 
 
 def lrn_importance(v: torch.Tensor) -> torch.Tensor:
-    """Local-response-normalised magnitude of the importance.
+    """Local-response-normalised magnitude of the importance (normalised over the inputs i).
 
     Args:
-        v: [O, I] importance of one task.
+        v: [O, I] importance of one task, or [K, O, I] of K tasks at once.
     Returns:
-        p: [O, I].
+        p: same shape.
     """
     a = v.abs()
-    return a / (1.0 + LRN_ALPHA * a.sum(dim=1, keepdim=True)) ** LRN_BETA
+    return a / (1.0 + LRN_ALPHA * a.sum(dim=-1, keepdim=True)) ** LRN_BETA
+
+
+def gate_weights(tasks: int, current: int | None, dominance: float, like: torch.Tensor) -> torch.Tensor:
+    """c_k / sum_k c_k: [K] with c = dominance for the current task and 1 for the others."""
+    c = torch.ones(tasks, dtype=like.dtype, device=like.device)
+    if current is not None:
+        c[current] = dominance
+    return c / c.sum()
 
 
 def route_gate(ps: torch.Tensor, current: int | None, dominance: float) -> torch.Tensor:
@@ -38,10 +46,7 @@ def route_gate(ps: torch.Tensor, current: int | None, dominance: float) -> torch
     Returns:
         G: [O, I].
     """
-    c = torch.ones(ps.shape[0], dtype=ps.dtype, device=ps.device)
-    if current is not None:
-        c[current] = dominance
-    return torch.einsum("k,koi->oi", c, ps) / c.sum()
+    return torch.einsum("k,koi->oi", gate_weights(ps.shape[0], current, dominance, ps), ps)
 
 
 def slice_norm(w: torch.Tensor) -> torch.Tensor:
@@ -62,7 +67,11 @@ def effective_weight(w: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return w * scale.view(*scale.shape, *([1] * (w.dim() - 2)))
 
 
-def routed_weight(w: torch.Tensor, vs: torch.Tensor, current: int | None, dominance: float) -> torch.Tensor:
-    """W_eff of one shared conv for the task at index ``current`` of ``vs`` [K, O, I]."""
-    ps = torch.stack([lrn_importance(v) for v in vs])
-    return effective_weight(w, route_gate(ps, current, dominance))
+def routed_weight(w: torch.Tensor, vs: torch.Tensor, current: int | None, dominance: float,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """W_eff of one shared conv for the task at index ``current`` of ``vs`` [K, O, I].
+
+    ``weights`` may pass precomputed ``gate_weights`` (they are the same at every step of a pass).
+    """
+    c = weights if weights is not None else gate_weights(vs.shape[0], current, dominance, vs)
+    return effective_weight(w, torch.einsum("k,koi->oi", c, lrn_importance(vs)))
