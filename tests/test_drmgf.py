@@ -296,3 +296,29 @@ def test_period_methods_resume_exactly(tmp_path, method):
     assert row_resumed["test"] == row_full["test"]
     for pa, pb in zip(full.method.parameters(), second.method.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_packed_routes_and_fusion_equal_the_per_layer_formulas(tmp_path):
+    """Tasks reach different layers of resnet_sdn: the packed arithmetic must ignore the padding."""
+    trainer = make_trainer(tmp_path, model="resnet_sdn")
+    method, ctx = trainer.method, trainer.ctx
+    method.begin_period(ctx, 0)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in list(method.importance.parameters()) + list(method.scale.parameters()):
+            p.mul_(torch.rand_like(p) + 0.5)
+    params = dict(ctx.model.named_parameters())
+    for task in ctx.task_names:
+        packed = method.routed_params(ctx, task)
+        for name, pl in method.plan.items():
+            if pl.role == "connection":
+                current = pl.tasks.index(task) if task in pl.tasks else None
+                expected = routed_weight(params[name], method._importances(name), current, method.cfg.dominance)
+                assert_close(packed[name], expected, rtol=1e-5, atol=1e-7)
+    names = [n for n, pl in method.plan.items() if pl.role in method.fused_roles()]
+    w0 = {n: params[n].detach().clone() for n in names}
+    deltas = {t: {n: torch.randn_like(w0[n]) for n in names if t in method.plan[n].tasks} for t in ctx.task_names}
+    packed = method.fused_from(method.fusion_state(w0, deltas))
+    reference = method.fused(w0, {n: torch.stack([deltas[t][n] for t in method.plan[n].tasks]) for n in names})
+    for n in names:
+        assert_close(packed[n], reference[n], rtol=1e-5, atol=1e-6)

@@ -19,9 +19,10 @@ from torch import nn
 from torch.func import functional_call
 
 from drmgf.config import MethodConfig
-from drmgf.methods.fusion import convex_fuse, importance_shares, norm_bias_weights, norm_weight_weights
+from drmgf.methods.fusion import FUSION_EPS, convex_fuse, importance_shares, norm_bias_weights, norm_weight_weights
+from drmgf.methods.packed import Packing
 from drmgf.methods.period import PeriodMethod, escape, unescape
-from drmgf.methods.routing import gate_weights, routed_weight, slice_norm
+from drmgf.methods.routing import LRN_ALPHA, LRN_BETA, NORM_EPS, slice_norm
 from drmgf.train.context import TrainContext
 
 SCALED_ROLES = {"connection", "norm_weight", "norm_bias"}
@@ -44,8 +45,10 @@ class DRMGF(PeriodMethod):
         self._v_opt: torch.optim.Optimizer | None = None
         self._s_opt: torch.optim.Optimizer | None = None
         self._routes = False
-        self._gates: dict[tuple[str, str], torch.Tensor] = {}  # per period: route weights c / sum c
-        self._shares: dict[str, torch.Tensor] = {}  # per fusion: |v| / sum_i |v| (v frozen there)
+        self.tasks: list[str] = []
+        self._route_pack: Packing | None = None  # shared conv weights (routes)
+        self._fuse_pack: Packing | None = None  # every meta-fused parameter
+        self._gate_rows: dict[str, torch.Tensor] = {}  # task -> [T, N] c_k / sum c over the reaching tasks
 
     def fused_roles(self) -> set[str]:
         return SCALED_ROLES
@@ -71,6 +74,25 @@ class DRMGF(PeriodMethod):
         for opt in self.optimizers().values():
             for group in opt.param_groups:
                 group["initial_lr"] = group["lr"]
+        self._pack(ctx, params)
+
+    def _pack(self, ctx: TrainContext, params: dict[str, torch.Tensor]) -> None:
+        """Index maps for batched route and fusion arithmetic, and the route weights of every task."""
+        self.tasks = list(ctx.task_names)
+        convs = {n: params[n].shape for n, pl in self.plan.items() if pl.role == "connection"}
+        fused = {n: params[n].shape for n, pl in self.plan.items() if pl.role in SCALED_ROLES}
+        self._route_pack = Packing(convs, ctx.device) if convs else None
+        self._fuse_pack = Packing(fused, ctx.device) if fused else None
+        for task in self.tasks:
+            if self._route_pack is not None:
+                c = self._route_pack.rows([{n: torch.full(params[n].shape[:2], self._c(n, k, task))
+                                            for n in convs if k in self.plan[n].tasks} for k in self.tasks],
+                                          params[next(iter(convs))].detach())
+                self._gate_rows[task] = c / c.sum(0, keepdim=True)
+
+    def _c(self, name: str, task: str, current: str) -> float:
+        """Route weight c_k of ``task`` on layer ``name`` while ``current`` trains (ALGORITHM.md 3.1)."""
+        return self.cfg.dominance if task == current and current in self.plan[name].tasks else 1.0
 
     @staticmethod
     def _all(tree: nn.ModuleDict) -> list[nn.Parameter]:
@@ -99,8 +121,6 @@ class DRMGF(PeriodMethod):
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * self.lr_factor(epoch, epochs)
         self._old = {k: p.detach().clone() for k, p in self.named_parameters()}
-        self._gates: dict[tuple[str, str], torch.Tensor] = {}
-        self._shares: dict[str, torch.Tensor] = {}
 
     def end_period(self, ctx: TrainContext, epoch: int) -> None:
         if self._routes or self.cfg.ema <= 0:
@@ -115,18 +135,20 @@ class DRMGF(PeriodMethod):
         return torch.stack([self.importance[t][escape(name)] for t in self.plan[name].tasks])
 
     def routed_params(self, ctx: TrainContext, task: str) -> dict[str, torch.Tensor]:
-        """W_eff of every shared conv under task ``task``'s route (differentiable in W and v)."""
+        """W_eff of every shared conv under task ``task``'s route (differentiable in W and v).
+
+        p_k = |v_k| / (1 + 1e-4 sum_i |v_k|)^0.75, G = sum_k c_k p_k / sum_k c_k, W_eff = G W / ||W[o, i]||,
+        computed for all shared convs at once on packed tensors.
+        """
+        pack = self._route_pack
+        if pack is None:
+            return {}
         params = dict(ctx.model.named_parameters())
-        out = {}
-        for name, pl in self.plan.items():
-            if pl.role == "connection":
-                current = pl.tasks.index(task) if task in pl.tasks else None
-                c = self._gates.get((name, task))
-                if c is None:  # the same at every step: cached per period
-                    c = self._gates[(name, task)] = gate_weights(len(pl.tasks), current, self.cfg.dominance,
-                                                                 params[name])
-                out[name] = routed_weight(params[name], self._importances(name), current, self.cfg.dominance, c)
-        return out
+        a = pack.rows([{n: self.importance[t][escape(n)] for n in pack.names if t in self.plan[n].tasks}
+                       for t in self.tasks], params[pack.names[0]]).abs()
+        gate = (self._gate_rows[task] * a / (1.0 + LRN_ALPHA * pack.segment_sum(a)) ** LRN_BETA).sum(0)
+        w = pack.flat(params)
+        return pack.unpack(w * pack.expand(gate / pack.connection_norm(w, NORM_EPS)))
 
     def task_forward(self, ctx: TrainContext, task: str, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         if not self._routes:
@@ -166,19 +188,45 @@ class DRMGF(PeriodMethod):
         return self._s_opt
 
     def fusion_weights(self, name: str) -> torch.Tensor:
-        """pi [K, O, I] or [K, C] of the tasks reaching shared parameter ``name``."""
+        """pi [K, O, I] or [K, C] of the tasks reaching shared parameter ``name`` (one parameter at a time)."""
         pl = self.plan[name]
         ss = torch.stack([self.scale[t][escape(name)] for t in pl.tasks])
-        if pl.role == "connection":  # v is frozen during fusion: its shares are computed once
-            if name not in self._shares:
-                self._shares[name] = importance_shares(self._importances(name).detach())
-            return self._shares[name] * ss.abs()
+        if pl.role == "connection":
+            return importance_shares(self._importances(name).detach()) * ss.abs()
         if pl.role == "norm_weight":
             return norm_weight_weights(torch.ones_like(ss), ss)
         return norm_bias_weights(ss)
 
     def fused(self, w0: dict[str, torch.Tensor], stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Reference fusion, one parameter at a time (the fusion pass uses the packed ``fused_from``)."""
         return {n: convex_fuse(w0[n], stacked[n], self.fusion_weights(n)) for n in stacked}
+
+    def _shares(self, name: str, task: str) -> torch.Tensor:
+        """The fixed factor of pi_t: |v_t| / sum_i |v_t| (conv), |1| / C (BN gamma), 1 (BN beta)."""
+        pl = self.plan[name]
+        s = self.scale[task][escape(name)]
+        if pl.role == "connection":
+            return importance_shares(self.importance[task][escape(name)].detach())
+        return s.detach().new_full(s.shape, 1.0 / s.numel() if pl.role == "norm_weight" else 1.0)
+
+    def fusion_state(self, w0: dict[str, torch.Tensor], deltas: dict[str, dict[str, torch.Tensor]]) -> object:
+        """Packed W0 [E], Delta [T, E] (zeros where a task does not reach) and the fixed shares [T, N]."""
+        pack = self._fuse_pack
+        assert pack is not None and set(pack.names) == set(w0)  # fused roles are fixed at set-up
+        zeros = {n: torch.zeros_like(w0[n]) for n in pack.names}
+        d = torch.stack([pack.flat({n: deltas[t].get(n, zeros[n]) for n in pack.names}) for t in self.tasks])
+        shares = pack.rows([{n: self._shares(n, t) for n in pack.names if t in self.plan[n].tasks}
+                            for t in self.tasks], w0[pack.names[0]])
+        return pack.flat(w0), d, shares
+
+    def fused_from(self, state: object) -> dict[str, torch.Tensor]:
+        """W_new = W0 + sum_t pi_t Delta_t / (sum_t pi_t + 1e-20), pi_t = share_t |s_t|, all parameters at once."""
+        pack = self._fuse_pack
+        w0, d, shares = state  # type: ignore[misc]
+        s = pack.rows([{n: self.scale[t][escape(n)] for n in pack.names if t in self.plan[n].tasks}  # type: ignore[union-attr]
+                       for t in self.tasks], w0)
+        pi = pack.expand(shares * s.abs())  # type: ignore[union-attr]
+        return pack.unpack(w0 + (pi * d).sum(0) / (pi.sum(0) + FUSION_EPS))  # type: ignore[union-attr]
 
 
 def variables_from_state(method_state: dict[str, object]) -> dict[str, dict[str, dict[str, torch.Tensor]]]:

@@ -147,8 +147,21 @@ class PeriodMethod(Method):
         del state
 
     def fused(self, w0: dict[str, torch.Tensor], stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Fused values of the parameters with a meta-learned fusion (differentiable in the meta variables)."""
+        """Fused values of the parameters with a meta-learned fusion (differentiable in the meta variables).
+
+        Args:
+            w0: name -> W0 of every meta-fused parameter.
+            stacked: name -> [K, ...] Delta of the K tasks reaching it (plan order).
+        """
         raise NotImplementedError
+
+    def fusion_state(self, w0: dict[str, torch.Tensor], deltas: dict[str, dict[str, torch.Tensor]]) -> object:
+        """What the fusion pass needs at every step, built once per period (default: ``fused``'s inputs)."""
+        return w0, {n: torch.stack([deltas[t][n] for t in self.plan[n].tasks]) for n in w0}
+
+    def fused_from(self, state: object) -> dict[str, torch.Tensor]:
+        """The fused parameters from ``fusion_state``'s result."""
+        return self.fused(*state)  # type: ignore[misc]
 
     def meta_optimizer(self) -> torch.optim.Optimizer | None:
         raise NotImplementedError
@@ -262,12 +275,11 @@ class PeriodMethod(Method):
         names = [n for n, pl in self.plan.items() if pl.role in self.fused_roles()]
         if not names:  # a single task, or nothing shared: nothing to learn
             return {}
-        stacked = {n: torch.stack([deltas[t][n] for t in self.plan[n].tasks]) for n in names}
-        w0_fused = {n: w0[n] for n in names}
+        state = self.fusion_state({n: w0[n] for n in names}, deltas)
         meter, steps, opt = LossMeter(), ctx.steps_per_pass(self.cfg.period_steps), self.meta_optimizer()
         with frozen(ctx.model):
             for step, (x, targets) in enumerate(ctx.batches(epoch, len(ctx.task_names), self.cfg.period_steps)):
-                outputs = functional_call(ctx.model, self.fused(w0_fused, stacked), (x,))
+                outputs = functional_call(ctx.model, self.fused_from(state), (x,))
                 loss = sum(ctx.losses(outputs, targets).values())
                 opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
                 loss.backward()  # type: ignore[union-attr]
@@ -275,7 +287,7 @@ class PeriodMethod(Method):
                 meter.add({"fusion": loss}, n=x.shape[0])  # type: ignore[dict-item]
                 ctx.progress("fusion", step + 1, steps, float(loss.detach()))  # type: ignore[union-attr]
         with torch.no_grad():
-            self._load_params(ctx.model, self.fused(w0_fused, stacked))
+            self._load_params(ctx.model, self.fused_from(state))
         return meter.means()
 
 
