@@ -284,6 +284,9 @@ def fit(
         progress: progress callback (stage, step, total, loss).
         on_epoch: called with each epoch's metrics row.
     """
+    out = Path(cfg.run.out)
+    if not cfg.run.resume and ((out / LAST).exists() or (out / "metrics.jsonl").exists()):
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     trainer = Trainer(assemble(cfg, model=model, data=data), progress)
     trainer.prepare_directory()
     if trainer.start_epoch >= trainer.run.cfg.optim.epochs:
