@@ -207,18 +207,12 @@ class PeriodMethod(Method):
         self.restore_task_state(method_state)
 
     @staticmethod
-    @torch.no_grad()
     def _load_params(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
-        for n, p in model.named_parameters():
-            if n in values:
-                p.copy_(values[n])
+        _copy_into(model.named_parameters(), values)
 
     @staticmethod
-    @torch.no_grad()
     def _load_buffers(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
-        for n, b in model.named_buffers():
-            if n in values:
-                b.copy_(values[n])
+        _copy_into(model.named_buffers(), values)
 
     def _task_pass(self, ctx: TrainContext, epoch: int, index: int, task: str) -> float:
         """Train ``task`` for one period; returns its mean unweighted loss."""
@@ -289,6 +283,14 @@ class PeriodMethod(Method):
         with torch.no_grad():
             self._load_params(ctx.model, self.fused_from(state))
         return meter.means()
+
+
+@torch.no_grad()
+def _copy_into(named: Iterator[tuple[str, torch.Tensor]], values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` into the named tensors that have an entry (in place, no autograd)."""
+    for n, t in named:
+        if n in values:
+            t.copy_(values[n])
 
 
 def escape(name: str) -> str:

@@ -35,7 +35,8 @@ def gate_weights(tasks: int, current: int | None, dominance: float, like: torch.
     return c / c.sum()
 
 
-def route_gate(ps: torch.Tensor, current: int | None, dominance: float) -> torch.Tensor:
+def route_gate(ps: torch.Tensor, current: int | None, dominance: float,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """Blend the tasks' normalised importances toward the current task.
 
     Args:
@@ -43,10 +44,12 @@ def route_gate(ps: torch.Tensor, current: int | None, dominance: float) -> torch
         current: index in ``ps`` of the task being trained, or None if it does not reach the layer
             (then every task counts equally).
         dominance: c_t, the current task's weight (the others weigh 1).
+        weights: precomputed ``gate_weights`` (they are the same at every step of a pass).
     Returns:
         G: [O, I].
     """
-    return torch.einsum("k,koi->oi", gate_weights(ps.shape[0], current, dominance, ps), ps)
+    c = weights if weights is not None else gate_weights(ps.shape[0], current, dominance, ps)
+    return torch.einsum("k,koi->oi", c, ps)
 
 
 def slice_norm(w: torch.Tensor) -> torch.Tensor:
@@ -73,5 +76,4 @@ def routed_weight(w: torch.Tensor, vs: torch.Tensor, current: int | None, domina
 
     ``weights`` may pass precomputed ``gate_weights`` (they are the same at every step of a pass).
     """
-    c = weights if weights is not None else gate_weights(vs.shape[0], current, dominance, vs)
-    return effective_weight(w, torch.einsum("k,koi->oi", c, lrn_importance(vs)))
+    return effective_weight(w, route_gate(lrn_importance(vs), current, dominance, weights))
